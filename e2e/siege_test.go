@@ -41,11 +41,14 @@ func needSiege(t *testing.T) {
 
 // siegeTries is how many times runSiege starts siege before it gives up.
 // siege 4.0 sometimes deadlocks as a run ends (every thread waiting on a
-// futex, its connections in CLOSE-WAIT) and never prints its summary: such
-// a run is killed after its time plus siegeGrace and run again.
+// futex, its connections in CLOSE-WAIT; JoeDog/siege#4, traced there to a
+// glibc condition-variable bug) and never prints its summary: about one
+// -t run in twenty here. Such a run is killed after its time plus
+// siegeGrace and run again; a run that ends finishes within a few seconds
+// of its time, so the grace only needs to cover a loaded machine.
 const (
-	siegeTries = 3
-	siegeGrace = time.Minute
+	siegeTries = 5
+	siegeGrace = 30 * time.Second
 )
 
 // runSiege runs siege against url and returns its JSON summary. attempt, if
@@ -253,10 +256,13 @@ func TestSiege(t *testing.T) {
 	// answered 202 for) was consumed, once per subscriber for pubsub.
 	final := getStats(t, base)
 	want := map[string]int{"queue": final.published("queue"), "stream": final.published("stream"), "pubsub": 2 * final.published("pubsub")}
-	require.Eventually(t, func() bool {
-		s := getStats(t, base)
-		return s.drained() && s.consumed("queue") == want["queue"] && s.consumed("stream") == want["stream"] && s.consumed("pubsub") == want["pubsub"]
-	}, 120*time.Second, 50*time.Millisecond, "consumed counts never reached %v", want)
+	var last stats
+	if !assert.Eventually(t, func() bool {
+		last = getStats(t, base)
+		return last.drained() && last.consumed("queue") == want["queue"] && last.consumed("stream") == want["stream"] && last.consumed("pubsub") == want["pubsub"]
+	}, 120*time.Second, 50*time.Millisecond) {
+		t.Fatalf("consumed counts never reached the accepted ones: want %v, last /stats %+v", want, last)
+	}
 	for _, p := range []*proc{queue, strm, sub1, sub2} {
 		p.stop(t)
 	}

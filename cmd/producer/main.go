@@ -9,7 +9,9 @@
 // GET|POST /queue, /pubsub and /stream publish the request body, or ?msg=, or
 // a random number when both are empty, and answer 202 with JSON once Redis
 // has accepted the message (503 with Retry-After when Redis is unavailable,
-// 413 over the size limit). GET /stats and GET /healthz report state.
+// 413 over the size limit). A publish, once started, finishes even if the
+// client hangs up (5 s at most), so /stats counts every message that reached
+// Redis. GET /stats and GET /healthz report state.
 //
 // CLI mode publishes N messages and prints a summary:
 //

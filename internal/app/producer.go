@@ -95,6 +95,10 @@ func (p *Producer) Handler() http.Handler {
 	return mux
 }
 
+// PublishTimeout bounds one request's publish, whether or not its client
+// is still there (see publishHandler).
+const PublishTimeout = 5 * time.Second
+
 // Server timeouts of NewHTTPServer.
 const (
 	ReadHeaderTimeout = 5 * time.Second
@@ -163,14 +167,21 @@ func (p *Producer) publishHandler(m Mode) http.Handler {
 			return
 		}
 		msg := broker.NewMessage(payload)
+		// The publish outlives the client. A client that hangs up (siege at
+		// its -t deadline, a killed curl) cancels r.Context(), and a publish
+		// cancelled in flight may still have reached Redis: it would then be
+		// counted as failed while a consumer handles it, and /stats would
+		// stop reconciling. PublishTimeout bounds it instead.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), PublishTimeout)
+		defer cancel()
 		receivers := int64(-1)
 		if counter != nil {
 			var n []int64
-			if n, err = counter.PublishCount(r.Context(), topic, msg); err == nil {
+			if n, err = counter.PublishCount(ctx, topic, msg); err == nil {
 				receivers = n[0]
 			}
 		} else {
-			err = pub.Publish(r.Context(), topic, msg)
+			err = pub.Publish(ctx, topic, msg)
 		}
 		if err != nil {
 			p.failed[i].Add(1)

@@ -119,6 +119,41 @@ func TestPublishAccepted(t *testing.T) {
 	assert.EqualValues(t, 1, s.PubSub.Published)
 }
 
+// TestPublishOutlivesTheClient: a client that hangs up while its message is
+// on its way to Redis does not turn the publish into a failure. A cancelled
+// publish may have reached Redis already, so /stats would count fewer
+// published messages than the consumers handle.
+func TestPublishOutlivesTheClient(t *testing.T) {
+	p, _, _ := newTestProducer(t, ProducerConfig{})
+	started, release := make(chan struct{}), make(chan struct{})
+	p.pubs[Queue.index()] = publisherFunc(func(ctx context.Context, _ string, _ ...*broker.Message) error {
+		close(started)
+		<-release
+		return ctx.Err()
+	})
+	ctx, hangUp := context.WithCancel(context.Background())
+	r := httptest.NewRequest(http.MethodGet, "/queue?msg=x", nil).WithContext(ctx)
+	w := httptest.NewRecorder()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.Handler().ServeHTTP(w, r)
+	}()
+	<-started
+	hangUp()
+	close(release)
+	<-done
+	assert.Equal(t, http.StatusAccepted, w.Code, w.Body.String())
+	assert.EqualValues(t, 1, p.published[Queue.index()].Load(), "published")
+	assert.Zero(t, p.failed[Queue.index()].Load(), "failed")
+}
+
+type publisherFunc func(ctx context.Context, topic string, msgs ...*broker.Message) error
+
+func (f publisherFunc) Publish(ctx context.Context, topic string, msgs ...*broker.Message) error {
+	return f(ctx, topic, msgs...)
+}
+
 func TestPublishReceivers(t *testing.T) {
 	p, srv, c := newTestProducer(t, ProducerConfig{})
 	ps := c.Subscribe(context.Background(), DefaultPubSubTopic)
