@@ -176,16 +176,6 @@ func spawn(bin, version, dir string, cfg config) (*Server, error) {
 	return nil, err
 }
 
-// freePort returns a port that was free a moment ago.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free port: %w", err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	return port, l.Close()
-}
-
 func (s *Server) args(port int) []string {
 	a := []string{
 		"--port", strconv.Itoa(port),

@@ -16,6 +16,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -154,7 +155,18 @@ func infoPid(info string) (int, bool) {
 // data (miniredis keeps it across Close), unlike a real server without AOF.
 func NewMiniredis(t testing.TB) *Server {
 	t.Helper()
-	m, err := miniredis.Run()
+	m := miniredis.NewMiniRedis()
+	var err error
+	for range spawnTries {
+		var port int
+		if port, err = freePort(); err != nil {
+			break
+		}
+		// Another test can take the port between our probe and this listen.
+		if err = m.StartAddr(net.JoinHostPort("127.0.0.1", strconv.Itoa(port))); err == nil {
+			break
+		}
+	}
 	if err != nil {
 		t.Fatalf("redistest: start miniredis: %v", err)
 	}
@@ -206,6 +218,11 @@ func (s *Server) Start(t testing.TB) {
 		// returns no reply and the client hangs until its read timeout. The
 		// server is stopped here, so replacing the context is race-free.
 		s.Mini.Ctx, s.Mini.CtxCancel = context.WithCancel(context.Background())
+		_, ps, _ := net.SplitHostPort(s.Addr)
+		port, _ := strconv.Atoi(ps)
+		if err := waitBindable(port, readyTimeout); err != nil {
+			t.Fatalf("redistest: miniredis: Start: port %d: %v", port, err)
+		}
 		if err := s.Mini.Restart(); err != nil {
 			t.Fatalf("redistest: miniredis: Start: %v", err)
 		}
@@ -215,6 +232,9 @@ func (s *Server) Start(t testing.TB) {
 	defer s.mu.Unlock()
 	if s.proc != nil {
 		t.Fatalf("redistest: %s: Start: already running", s.Name)
+	}
+	if err := waitBindable(s.port, readyTimeout); err != nil {
+		t.Fatalf("redistest: %s: Start: port %d: %v", s.Name, s.port, err)
 	}
 	p, err := s.startProcess(s.port)
 	if err != nil {
