@@ -12,6 +12,10 @@ import (
 //	Received = Delivered + HandlerErrors + DroppedOverflow + DroppedMalformed
 //	         + DroppedOversize + DroppedShutdown + Buffered + (messages in handlers)
 //
+// Stats reads each counter on its own while messages flow, so a snapshot can
+// show a message in Received before it shows where it went; the identity is
+// exact once no message is arriving.
+//
 // Messages that never arrived are counted in Gaps, for publishers of this
 // package (not raw ones), once a later message of the same publisher and
 // channel arrives.
