@@ -128,8 +128,12 @@ func ExampleWithOverflow() {
 	for i := 1; i < 6; i++ {
 		_ = pub.Publish(ctx, "ticks", broker.NewMessage(fmt.Append(nil, i)))
 	}
-	// One message in the handler, two buffered, three dropped.
-	waitUntil(func() bool { return s.Stats().Received == 6 })
+	// One message in the handler, two buffered, three dropped: wait until all
+	// six are accounted for (Received counts a message before it is placed).
+	waitUntil(func() bool {
+		st := s.Stats()
+		return st.Received == 6 && 1+uint64(st.Buffered)+st.DroppedOverflow == 6
+	})
 	close(release)
 	waitUntil(func() bool { return s.Stats().Delivered == 3 })
 	_ = s.Shutdown(ctx)
