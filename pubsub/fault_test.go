@@ -49,6 +49,12 @@ func (r *seqRecorder) numbers() []int {
 	return append([]int(nil), r.seen...)
 }
 
+func (r *seqRecorder) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.seen)
+}
+
 func (r *seqRecorder) max() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -138,7 +144,10 @@ func TestClientKillDuringRun(t *testing.T) {
 		t.Helper()
 		require.Eventually(t, func() bool {
 			tg := target.Load()
-			return published.Load() == tg && rec.has(int(tg-1)) && sub.Stats().Buffered == 0
+			// Delivered is counted after the handler returns, so it can
+			// trail rec.
+			return published.Load() == tg && rec.has(int(tg-1)) && sub.Stats().Buffered == 0 &&
+				sub.Stats().Delivered == uint64(rec.count())
 		}, 30*time.Second, time.Millisecond, "kill %d: not settled", k)
 	}
 
@@ -272,7 +281,9 @@ func TestSlowSubscriber(t *testing.T) {
 	}
 	require.NoError(t, p.Publish(context.Background(), topic, broker.NewMessage([]byte(strconv.Itoa(total)))))
 	for _, s := range all {
-		require.Eventually(t, func() bool { return s.rec.has(total) }, 10*time.Second, time.Millisecond, s.name)
+		// Delivered is counted after the handler returns, so it can trail rec.
+		require.Eventually(t, func() bool { return s.rec.has(total) && s.sub.Stats().Delivered == uint64(s.rec.count()) },
+			10*time.Second, time.Millisecond, s.name)
 	}
 
 	growth := int64(peak.Load()) - int64(base.HeapAlloc)
