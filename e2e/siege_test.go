@@ -43,7 +43,7 @@ func needSiege(t *testing.T) {
 // siege 4.0 sometimes deadlocks as a run ends (every thread waiting on a
 // futex, its connections in CLOSE-WAIT; JoeDog/siege#4, traced there to a
 // glibc condition-variable bug) and never prints its summary: about one
-// -t run in twenty here. Such a run is killed after its time plus
+// -t run in twelve here. Such a run is killed after its time plus
 // siegeGrace and run again; a run that ends finishes within a few seconds
 // of its time, so the grace only needs to cover a loaded machine.
 const (

@@ -43,6 +43,23 @@ func freePort() (int, error) {
 	return port, l.Close()
 }
 
+// onFreePort calls start with free ports until it succeeds, spawnTries times at most: another
+// process can take a port between our probe and the server's own listen. It returns the port
+// start succeeded on, or the last error.
+func onFreePort(start func(port int) error) (int, error) {
+	var err error
+	for range spawnTries {
+		var port int
+		if port, err = freePort(); err != nil {
+			return 0, err
+		}
+		if err = start(port); err == nil {
+			return port, nil
+		}
+	}
+	return 0, err
+}
+
 // ephemeralLow returns the first port of the kernel's ephemeral range, where the system says.
 func ephemeralLow() (int, bool) {
 	b, err := os.ReadFile(ephemeralRangeFile)

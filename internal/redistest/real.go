@@ -160,20 +160,15 @@ func NewReal(t testing.TB, opts ...Option) *Server {
 // between our probe and redis-server's bind.
 func spawn(bin, version, dir string, cfg config) (*Server, error) {
 	s := &Server{Name: "redis-" + version, bin: bin, dir: dir, cfg: cfg}
-	var err error
-	for range spawnTries {
-		var port int
-		if port, err = freePort(); err != nil {
-			return nil, err
-		}
-		var p *process
-		if p, err = s.startProcess(port); err == nil {
-			s.port, s.proc = port, p
-			s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-			return s, nil
-		}
+	port, err := onFreePort(func(port int) (err error) {
+		s.proc, err = s.startProcess(port)
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
-	return nil, err
+	s.port, s.Addr = port, net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	return s, nil
 }
 
 func (s *Server) args(port int) []string {

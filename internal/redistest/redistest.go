@@ -48,11 +48,12 @@ type Server struct {
 	// shared servers belong to Main: Stop, Start, Restart and Kill refuse them.
 	shared bool
 
+	port int // of Addr, kept for Start
+
 	// Real servers only.
-	bin  string // absolute path of redis-server, resolved once so a changed PATH does not matter
-	dir  string // --dir and the log file
-	port int
-	cfg  config
+	bin string // absolute path of redis-server, resolved once so a changed PATH does not matter
+	dir string // --dir and the log file
+	cfg config
 
 	mu   sync.Mutex
 	proc *process // nil while stopped
@@ -156,18 +157,9 @@ func infoPid(info string) (int, bool) {
 func NewMiniredis(t testing.TB) *Server {
 	t.Helper()
 	m := miniredis.NewMiniRedis()
-	var err error
-	for range spawnTries {
-		var port int
-		if port, err = freePort(); err != nil {
-			break
-		}
-		// Another test can take the port between our probe and this listen.
-		if err = m.StartAddr(net.JoinHostPort("127.0.0.1", strconv.Itoa(port))); err == nil {
-			break
-		}
-	}
-	if err != nil {
+	if _, err := onFreePort(func(port int) error {
+		return m.StartAddr(net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	}); err != nil {
 		t.Fatalf("redistest: start miniredis: %v", err)
 	}
 	t.Cleanup(m.Close)
@@ -175,7 +167,7 @@ func NewMiniredis(t testing.TB) *Server {
 }
 
 func newMiniServer(m *miniredis.Miniredis) *Server {
-	return &Server{Name: "miniredis", Addr: m.Addr(), Mini: m}
+	return &Server{Name: "miniredis", Addr: m.Addr(), Mini: m, port: m.Server().Addr().Port}
 }
 
 // Restart stops the server and starts it again on the same port and dir, and returns once it
@@ -213,16 +205,12 @@ func (s *Server) Start(t testing.TB) {
 	t.Helper()
 	s.checkOwned(t, "Start")
 	if !s.Real() {
+		s.waitPort(t)
 		// miniredis v2.40 cancels m.Ctx in Close and never renews it, so after a
 		// plain Restart every blocking command (BLPOP, BLMOVE, XREAD BLOCK)
 		// returns no reply and the client hangs until its read timeout. The
 		// server is stopped here, so replacing the context is race-free.
 		s.Mini.Ctx, s.Mini.CtxCancel = context.WithCancel(context.Background())
-		_, ps, _ := net.SplitHostPort(s.Addr)
-		port, _ := strconv.Atoi(ps)
-		if err := waitBindable(port, readyTimeout); err != nil {
-			t.Fatalf("redistest: miniredis: Start: port %d: %v", port, err)
-		}
 		if err := s.Mini.Restart(); err != nil {
 			t.Fatalf("redistest: miniredis: Start: %v", err)
 		}
@@ -233,14 +221,20 @@ func (s *Server) Start(t testing.TB) {
 	if s.proc != nil {
 		t.Fatalf("redistest: %s: Start: already running", s.Name)
 	}
-	if err := waitBindable(s.port, readyTimeout); err != nil {
-		t.Fatalf("redistest: %s: Start: port %d: %v", s.Name, s.port, err)
-	}
+	s.waitPort(t)
 	p, err := s.startProcess(s.port)
 	if err != nil {
 		t.Fatalf("redistest: %s: Start: %v", s.Name, err)
 	}
 	s.proc = p
+}
+
+// waitPort waits until the stopped server's port is free again (see waitBindable).
+func (s *Server) waitPort(t testing.TB) {
+	t.Helper()
+	if err := waitBindable(s.port, readyTimeout); err != nil {
+		t.Fatalf("redistest: %s: Start: port %d: %v", s.Name, s.port, err)
+	}
 }
 
 // Kill sends SIGKILL, simulating a crash, and waits for the process to exit. Real servers only:
